@@ -1,0 +1,247 @@
+"""Reading images for explanation: PNG / JPEG / DICOM / PIL / arrays -> float32 in [0, 1].
+
+The result keeps the ORIGINAL pixel grid (DICOM ``Rows x Columns``, PNG size); every heatmap vitx
+returns is expressed on it. DICOM display chain (pydicom): modality LUT (rescale slope /
+intercept) -> VOI LUT or window centre/width -> scale to [0, 1] -> invert MONOCHROME1 exactly once.
+Only an allowlist of technical tags is read into :attr:`LoadedImage.meta` (no PHI).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from ._warnings import VitxWarning
+
+DICOM_SUFFIXES = {".dcm", ".dicom", ".dic"}
+RASTER_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
+
+#: DICOM tags that may be shown or exported: technical, never identifying.
+DICOM_TAG_ALLOWLIST: tuple[str, ...] = (
+    "Modality",
+    "ViewPosition",
+    "Rows",
+    "Columns",
+    "PixelSpacing",
+    "ImagerPixelSpacing",
+    "PhotometricInterpretation",
+    "BitsStored",
+    "ManufacturerModelName",
+)
+
+
+class ImageReadError(ValueError):
+    """An input could not be read as an image; the message says why."""
+
+
+@dataclass
+class LoadedImage:
+    """An image on its original pixel grid.
+
+    Attributes:
+        pixels: float32 ``(H, W)`` (grayscale) or ``(H, W, 3)`` with values in [0, 1].
+        source: ``dicom`` | ``raster`` | ``array``.
+        name: file stem or a caller-given name (used for output folders).
+        meta: allowlisted technical metadata only.
+    """
+
+    pixels: np.ndarray
+    source: str = "array"
+    name: str = "image"
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def hw(self) -> tuple[int, int]:
+        return int(self.pixels.shape[0]), int(self.pixels.shape[1])
+
+
+def is_dicom_file(path: str | os.PathLike) -> bool:
+    """True for a ``.dcm`` suffix or the ``DICM`` preamble marker (extension-less DICOM)."""
+    p = Path(path)
+    if p.suffix.lower() in DICOM_SUFFIXES:
+        return True
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def _array_to_unit(a: np.ndarray) -> np.ndarray:
+    a = np.asarray(a)
+    if a.ndim == 3 and a.shape[0] in (1, 3) and a.shape[2] not in (1, 3, 4):
+        a = np.moveaxis(a, 0, -1)  # CHW -> HWC
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[:, :, 0]
+    if a.ndim == 3 and a.shape[2] == 4:
+        a = a[:, :, :3]
+    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] != 3):
+        raise ImageReadError(f"expected an (H, W) or (H, W, 3) image array, got shape {a.shape}")
+    if a.dtype == np.bool_:
+        return a.astype(np.float32)
+    if np.issubdtype(a.dtype, np.integer):
+        info = np.iinfo(a.dtype)
+        if info.min < 0:
+            a = a.astype(np.float64)
+            lo, hi = float(a.min()), float(a.max())
+            return ((a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)).astype(np.float32)
+        return (a.astype(np.float64) / info.max).astype(np.float32)
+    a = a.astype(np.float32)
+    if not np.isfinite(a).all():
+        raise ImageReadError("image array contains NaN or infinite values")
+    lo, hi = float(a.min()), float(a.max())
+    if lo < 0.0 or hi > 1.0:  # floats outside [0, 1]: min-max, stated in the docstring of load_image
+        a = (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+    return a
+
+
+def _read_raster(path: Path) -> LoadedImage:
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)
+            mode = im.mode
+            if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+                a = np.asarray(im, dtype=np.uint16)
+            elif mode == "I":
+                a = np.asarray(im, dtype=np.int64)
+                a = a.astype(np.uint16) if a.min() >= 0 and a.max() <= 65535 else a
+            elif mode == "F":
+                a = np.asarray(im, dtype=np.float32)
+            elif mode in ("L", "P", "1", "LA"):
+                a = np.asarray(im.convert("L"), dtype=np.uint8)
+            else:
+                a = np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except Image.DecompressionBombError as e:
+        raise ImageReadError(f"{path.name}: refused, image too large ({e})") from e
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageReadError(f"{path.name}: not a readable image ({e})") from e
+    if a.ndim == 3 and np.array_equal(a[..., 0], a[..., 1]) and np.array_equal(a[..., 0], a[..., 2]):
+        a = a[..., 0]
+    return LoadedImage(_array_to_unit(a), "raster", path.stem, {"size": list(a.shape[:2])})
+
+
+def dicom_display_array(ds: Any) -> np.ndarray:
+    """A pydicom dataset -> float32 ``(H, W)`` in [0, 1] for viewing and for the model.
+
+    Modality LUT, then VOI LUT or window (first window if several), then MONOCHROME1 inverted
+    once. Without any VOI information the modality values are min-max scaled. Multi-frame data
+    uses the first frame (with a warning).
+    """
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    try:
+        arr = ds.pixel_array
+    except Exception as e:  # pydicom raises several types for missing decoders / bad data
+        tsuid = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
+        raise ImageReadError(f"cannot decode DICOM pixel data (transfer syntax {tsuid}): {e}"
+                             ) from e
+    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    if frames > 1:
+        warnings.warn(f"multi-frame DICOM ({frames} frames): using the first frame",
+                      VitxWarning, stacklevel=3)
+        arr = arr[0]
+    photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper()
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        return _array_to_unit(arr)  # colour DICOM (RGB / YBR converted by pydicom)
+    x = apply_modality_lut(arr, ds).astype(np.float64)
+    has_voi = "VOILUTSequence" in ds or ("WindowCenter" in ds and "WindowWidth" in ds)
+    if has_voi:
+        # pydicom's window output spans [0, 2**BitsStored - 1] (or the LUT's range); we
+        # rescale by that nominal range, not by the data, so a window keeps its meaning.
+        y = apply_voi_lut(x, ds, index=0).astype(np.float64)
+        if "VOILUTSequence" in ds:
+            lut = np.asarray(ds.VOILUTSequence[0].LUTData, dtype=np.float64)
+            lo, hi = float(lut.min()), float(lut.max())
+        else:
+            lo, hi = _window_output_range(ds)
+        y = (y - lo) / (hi - lo) if hi > lo else np.zeros_like(y)
+    else:
+        lo, hi = float(x.min()), float(x.max())
+        y = (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
+    y = np.clip(y, 0.0, 1.0)
+    if photometric == "MONOCHROME1":
+        y = 1.0 - y
+    return y.astype(np.float32)
+
+
+def _window_output_range(ds: Any) -> tuple[float, float]:
+    bits = int(getattr(ds, "BitsStored", 16) or 16)
+    if int(getattr(ds, "PixelRepresentation", 0) or 0) == 1 and "RescaleSlope" not in ds:
+        return -(2.0 ** (bits - 1)), 2.0 ** (bits - 1) - 1
+    return 0.0, 2.0**bits - 1
+
+
+def dicom_technical_meta(ds: Any) -> dict[str, Any]:
+    """Allowlisted technical tags as plain JSON-able values."""
+    out: dict[str, Any] = {}
+    for kw in DICOM_TAG_ALLOWLIST:
+        if kw in ds:
+            v = ds.get(kw)
+            v = getattr(v, "value", v)
+            if isinstance(v, (list, tuple)) or type(v).__name__ == "MultiValue":
+                v = [float(t) for t in v]
+            elif isinstance(v, (int, float)):
+                v = v
+            else:
+                v = str(v)
+            out[kw] = v
+    return out
+
+
+def _read_dicom(path: Path) -> LoadedImage:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = pydicom.dcmread(path, force=path.suffix.lower() in DICOM_SUFFIXES)
+    except (InvalidDicomError, OSError, EOFError, ValueError, KeyError) as e:
+        raise ImageReadError(f"{path.name}: not a readable DICOM file ({e})") from e
+    if "PixelData" not in ds:
+        raise ImageReadError(f"{path.name}: DICOM has no pixel data")
+    try:
+        pixels = dicom_display_array(ds)
+    except ImageReadError as e:
+        raise ImageReadError(f"{path.name}: {e}") from e
+    except (ValueError, AttributeError, TypeError, IndexError) as e:
+        raise ImageReadError(f"{path.name}: invalid DICOM pixel data ({e})") from e
+    return LoadedImage(pixels, "dicom", path.stem, dicom_technical_meta(ds))
+
+
+def load_image(image: Any, *, name: str | None = None) -> LoadedImage:
+    """Load a path (PNG, JPEG, TIFF, DICOM incl. extension-less), a PIL image or an array.
+
+    Arrays: integer types are divided by their dtype's maximum (signed ones min-max scaled);
+    floats already in [0, 1] are kept, others min-max scaled. ``(H, W)``, ``(H, W, 1|3|4)`` and
+    ``(3, H, W)`` are accepted. Returns a :class:`LoadedImage` on the original pixel grid.
+
+    Raises:
+        ImageReadError: with the file name and the reason (missing, corrupt, undecodable).
+    """
+    if isinstance(image, LoadedImage):
+        return image
+    if isinstance(image, (str, os.PathLike)):
+        path = Path(image)
+        if not path.is_file():
+            raise ImageReadError(f"image file not found: {path}")
+        if path.stat().st_size == 0:
+            raise ImageReadError(f"{path.name}: empty file (0 bytes)")
+        out = _read_dicom(path) if is_dicom_file(path) else _read_raster(path)
+        if name:
+            out.name = name
+        return out
+    if isinstance(image, Image.Image):
+        im = ImageOps.exif_transpose(image)
+        a = np.asarray(im if im.mode in ("L", "RGB", "I;16", "I", "F") else im.convert("RGB"))
+        return LoadedImage(_array_to_unit(a), "array", name or "image")
+    if hasattr(image, "detach"):  # torch tensor
+        image = image.detach().cpu().numpy()
+    if isinstance(image, np.ndarray):
+        return LoadedImage(_array_to_unit(image), "array", name or "image")
+    raise TypeError(f"cannot load an image from {type(image).__name__}")
