@@ -1,14 +1,15 @@
-"""Every explainer, imported explicitly so registration order (and the UI order) is fixed."""
+"""Every explainer, imported explicitly: import order = registration order = UI order."""
+# ruff: noqa: I001  (the order below is deliberate)
 
-from .attention_flow import AttentionFlow
-from .chefer import CheferRelevance
-from .gmar import GMAR
-from .grad_cam import GradCAM
-from .integrated_gradients import IntegratedGradientsExplainer
-from .legrad import LeGrad
-from .occlusion import Occlusion
 from .raw_attention import RawAttention
 from .rollout import AttentionRollout
+from .attention_flow import AttentionFlow
+from .gmar import GMAR
+from .legrad import LeGrad
+from .grad_cam import GradCAM
+from .chefer import CheferRelevance
+from .occlusion import Occlusion
+from .integrated_gradients import IntegratedGradientsExplainer
 
 __all__ = [
     "GMAR",
