@@ -289,10 +289,51 @@ def adapter_from_module(model: nn.Module, *, labels: Sequence[str] | None = None
                     "VisionTransformer or a Hugging Face ViTForImageClassification")
 
 
+def timm_model_kwargs(model: nn.Module) -> dict[str, Any]:
+    """Constructor arguments that make ``timm.create_model(arch, **kw)`` rebuild ``model``'s
+    shapes (depth, width, heads, input size, pooling, ...), read off the instance."""
+    blk = model.blocks[0]
+    kw: dict[str, Any] = {
+        "img_size": [int(s) for s in model.patch_embed.img_size],
+        "depth": len(model.blocks),
+        "embed_dim": int(model.embed_dim),
+        "num_heads": int(blk.attn.num_heads),
+        "num_classes": int(model.num_classes),
+        "global_pool": str(model.global_pool),
+        "class_token": model.cls_token is not None,
+    }
+    fc1 = getattr(getattr(blk, "mlp", None), "fc1", None)
+    if isinstance(fc1, nn.Linear):
+        kw["mlp_ratio"] = fc1.out_features / kw["embed_dim"]
+    if getattr(model, "num_reg_tokens", 0):
+        kw["reg_tokens"] = int(model.num_reg_tokens)
+    if getattr(model, "dynamic_img_size", False):
+        kw["dynamic_img_size"] = True
+    return kw
+
+
+def _check_recreates(arch: str, kwargs: dict, model: nn.Module) -> None:
+    import timm
+
+    twin = timm.create_model(arch, pretrained=False, **{
+        k: (tuple(v) if k == "img_size" else v) for k, v in kwargs.items()})
+    a = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    b = {k: tuple(v.shape) for k, v in twin.state_dict().items()}
+    if a != b:
+        diff = sorted(set(a.items()) ^ set(b.items()))[:6]
+        raise ValueError(f"cannot describe this {arch} model with {kwargs}: parameter shapes "
+                         f"differ ({diff}); pass model_kwargs= explicitly")
+
+
 def save_model_dir(adapter: VitAdapter, directory: str | os.PathLike, *,
                    description: str = "", metrics: dict | None = None,
-                   extra: dict | None = None) -> Path:
-    """Write a vitx model directory (``model.json`` + ``model.safetensors``) for ``adapter``."""
+                   extra: dict | None = None, model_kwargs: dict | None = None) -> Path:
+    """Write a vitx model directory (``model.json`` + ``model.safetensors``) for ``adapter``.
+
+    The card records the architecture, the ``timm.create_model`` arguments (read off the model
+    and checked to rebuild the same parameter shapes), class names, multi-label flag,
+    preprocessing and the weights hash.
+    """
     from safetensors.torch import save_model
 
     d = Path(directory)
@@ -306,8 +347,10 @@ def save_model_dir(adapter: VitAdapter, directory: str | os.PathLike, *,
     }
     if adapter.family == "timm":
         arch = adapter.model.pretrained_cfg.get("architecture") or adapter.key.removeprefix("timm:")
+        kwargs = dict(model_kwargs) if model_kwargs is not None else timm_model_kwargs(adapter.model)
+        _check_recreates(arch, kwargs, adapter.model)
         card["architecture"] = f"timm:{arch}"
-        card["model_kwargs"] = {"img_size": list(adapter.model.patch_embed.img_size)}
+        card["model_kwargs"] = kwargs
         card["weights"] = "model.safetensors"
         save_model(adapter.model, str(d / "model.safetensors"))
     else:

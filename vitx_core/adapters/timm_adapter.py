@@ -71,7 +71,7 @@ class TimmAdapter(VitAdapter):
 
     def grid_size(self, input_hw: tuple[int, int]) -> tuple[int, int]:
         pe = self.model.patch_embed
-        if getattr(pe, "dynamic_img_size", False):
+        if getattr(self.model, "dynamic_img_size", False) or not getattr(pe, "strict_img_size", True):
             gh, gw = pe.dynamic_feat_size(tuple(input_hw))
             return int(gh), int(gw)
         img = tuple(int(s) for s in pe.img_size)
