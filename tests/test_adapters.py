@@ -100,7 +100,7 @@ def test_model_dir_missing_weights(tmp_path):
     ad = vx.adapter_from_module(tiny_timm(), labels=LABELS)
     d = vx.save_model_dir(ad, tmp_path / "m")
     (d / "model.safetensors").unlink()
-    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+    with pytest.raises(FileNotFoundError, match=r"model\.safetensors"):
         vx.load_model(d)
 
 
