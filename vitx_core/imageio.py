@@ -102,28 +102,38 @@ def _array_to_unit(a: np.ndarray) -> np.ndarray:
     return a
 
 
+def _pil_to_array(im: Image.Image) -> np.ndarray:
+    """A PIL image (EXIF orientation applied) -> integer / float array; grey RGB -> ``(H, W)``.
+
+    Shared by files and in-memory PIL images so both give the same values: 16-bit modes stay
+    uint16 (divided by 65535 later), mode ``I`` within 0..65535 too, palettes / bilevel -> L.
+    """
+    im = ImageOps.exif_transpose(im)
+    mode = im.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+        a = np.asarray(im, dtype=np.uint16)
+    elif mode == "I":
+        a = np.asarray(im, dtype=np.int64)
+        a = a.astype(np.uint16) if a.size and a.min() >= 0 and a.max() <= 65535 else a
+    elif mode == "F":
+        a = np.asarray(im, dtype=np.float32)
+    elif mode in ("L", "P", "1", "LA"):
+        a = np.asarray(im.convert("L"), dtype=np.uint8)
+    else:
+        a = np.asarray(im.convert("RGB"), dtype=np.uint8)
+    if a.ndim == 3 and np.array_equal(a[..., 0], a[..., 1]) and np.array_equal(a[..., 0], a[..., 2]):
+        a = a[..., 0]
+    return a
+
+
 def _read_raster(path: Path) -> LoadedImage:
     try:
         with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)
-            mode = im.mode
-            if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
-                a = np.asarray(im, dtype=np.uint16)
-            elif mode == "I":
-                a = np.asarray(im, dtype=np.int64)
-                a = a.astype(np.uint16) if a.min() >= 0 and a.max() <= 65535 else a
-            elif mode == "F":
-                a = np.asarray(im, dtype=np.float32)
-            elif mode in ("L", "P", "1", "LA"):
-                a = np.asarray(im.convert("L"), dtype=np.uint8)
-            else:
-                a = np.asarray(im.convert("RGB"), dtype=np.uint8)
+            a = _pil_to_array(im)
     except Image.DecompressionBombError as e:
         raise ImageReadError(f"{path.name}: refused, image too large ({e})") from e
     except (OSError, SyntaxError, ValueError) as e:
         raise ImageReadError(f"{path.name}: not a readable image ({e})") from e
-    if a.ndim == 3 and np.array_equal(a[..., 0], a[..., 1]) and np.array_equal(a[..., 0], a[..., 2]):
-        a = a[..., 0]
     return LoadedImage(_array_to_unit(a), "raster", path.stem, {"size": list(a.shape[:2])})
 
 
@@ -134,7 +144,7 @@ def dicom_display_array(ds: Any) -> np.ndarray:
     once. Without any VOI information the modality values are min-max scaled. Multi-frame data
     uses the first frame (with a warning).
     """
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut, apply_windowing
 
     try:
         arr = ds.pixel_array
@@ -150,32 +160,61 @@ def dicom_display_array(ds: Any) -> np.ndarray:
     photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper()
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
         return _array_to_unit(arr)  # colour DICOM (RGB / YBR converted by pydicom)
-    x = apply_modality_lut(arr, ds).astype(np.float64)
-    has_voi = "VOILUTSequence" in ds or ("WindowCenter" in ds and "WindowWidth" in ds)
-    if has_voi:
-        # pydicom's window output spans [0, 2**BitsStored - 1] (or the LUT's range); we
-        # rescale by that nominal range, not by the data, so a window keeps its meaning.
-        y = apply_voi_lut(x, ds, index=0).astype(np.float64)
-        if "VOILUTSequence" in ds:
-            lut = np.asarray(ds.VOILUTSequence[0].LUTData, dtype=np.float64)
-            lo, hi = float(lut.min()), float(lut.max())
-        else:
-            lo, hi = _window_output_range(ds)
-        y = (y - lo) / (hi - lo) if hi > lo else np.zeros_like(y)
+    x = apply_modality_lut(arr, ds)
+    if _has_values(ds, "VOILUTSequence"):
+        # LUT entries are indexed by integer stored values: round (not truncate) rescaled ones,
+        # and let pydicom decode LUTData whatever its VR (US list or OW bytes); the output is
+        # rescaled by the LUT's own range.
+        xi = x if np.issubdtype(x.dtype, np.integer) else np.rint(x).astype(np.int64)
+        y = apply_voi_lut(xi, ds, index=0).astype(np.float64)
+        lo, hi = _voi_lut_range(ds)
+    elif _has_values(ds, "WindowCenter") and _has_values(ds, "WindowWidth"):
+        # pydicom's window output spans its own nominal range (stored-bit range, through the
+        # rescale when there is one); divide by that range, not by the data, so a window keeps
+        # its meaning: below the window -> 0, above -> 1 (PS3.3 C.11.2.1.2).
+        y = apply_windowing(x.astype(np.float64), ds, index=0)
+        lo, hi = _window_output_range(ds)
     else:
+        x = x.astype(np.float64)
         lo, hi = float(x.min()), float(x.max())
-        y = (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
+        y = x
+    y = (y - lo) / (hi - lo) if hi != lo else np.zeros_like(y, dtype=np.float64)
     y = np.clip(y, 0.0, 1.0)
     if photometric == "MONOCHROME1":
         y = 1.0 - y
     return y.astype(np.float32)
 
 
+def _has_values(ds: Any, keyword: str) -> bool:
+    """The tag is present and not empty (an empty WindowCenter is treated as absent)."""
+    if keyword not in ds:
+        return False
+    v = ds[keyword].value
+    return v is not None and not (hasattr(v, "__len__") and len(v) == 0)
+
+
 def _window_output_range(ds: Any) -> tuple[float, float]:
-    bits = int(getattr(ds, "BitsStored", 16) or 16)
-    if int(getattr(ds, "PixelRepresentation", 0) or 0) == 1 and "RescaleSlope" not in ds:
-        return -(2.0 ** (bits - 1)), 2.0 ** (bits - 1) - 1
-    return 0.0, 2.0**bits - 1
+    """(value for pixels below the window, value above it) of ``pydicom.apply_windowing``.
+
+    Probed rather than re-derived, so it follows pydicom exactly (unsigned / signed stored
+    values, Modality LUT, RescaleSlope / Intercept, LINEAR / LINEAR_EXACT / SIGMOID); for
+    a negative slope ``lo > hi`` and the linear rescale still sends below -> 0, above -> 1.
+    """
+    from pydicom.pixels import apply_windowing
+
+    with np.errstate(over="ignore"):
+        lo, hi = apply_windowing(np.array([-1e30, 1e30]), ds, index=0)
+    return float(lo), float(hi)
+
+
+def _voi_lut_range(ds: Any) -> tuple[float, float]:
+    """Min and max of the first VOI LUT's entries, decoded by pydicom (US or OW LUTData)."""
+    from pydicom.pixels import apply_voi_lut
+
+    desc = [int(v) for v in ds.VOILUTSequence[0].LUTDescriptor]
+    n = desc[0] or 2**16
+    every_entry = apply_voi_lut(np.arange(desc[1], desc[1] + n, dtype=np.int64), ds, index=0)
+    return float(every_entry.min()), float(every_entry.max())
 
 
 def dicom_technical_meta(ds: Any) -> dict[str, Any]:
@@ -237,9 +276,7 @@ def load_image(image: Any, *, name: str | None = None) -> LoadedImage:
             out.name = name
         return out
     if isinstance(image, Image.Image):
-        im = ImageOps.exif_transpose(image)
-        a = np.asarray(im if im.mode in ("L", "RGB", "I;16", "I", "F") else im.convert("RGB"))
-        return LoadedImage(_array_to_unit(a), "array", name or "image")
+        return LoadedImage(_array_to_unit(_pil_to_array(image)), "array", name or "image")
     if hasattr(image, "detach"):  # torch tensor
         image = image.detach().cpu().numpy()
     if isinstance(image, np.ndarray):
