@@ -169,3 +169,39 @@ def test_duplicate_method_in_one_run_is_refused(timm_adapter):
     with pytest.raises(ValueError, match="once"):
         vx.run_explainers(timm_adapter, _x(timm_adapter),
                           [vx.get_explainer("rollout"), vx.get_explainer("rollout")])
+
+
+@pytest.mark.parametrize(("arch", "kw"), [
+    ("vit_tiny_patch16_224", {}),
+    ("deit_tiny_distilled_patch16_224", {}),                       # rows CLS + DIST
+    ("vit_small_patch14_reg4_dinov2", {"img_size": (56, 42), "embed_dim": 48, "num_heads": 2}),
+])
+def test_legrad_fast_rows_path_equals_generic_backward(arch, kw):
+    """The timm fast path (recompute only the read-out rows) gives the generic partial
+    backward's gradients, including LayerScale and register tokens."""
+    from tests.conftest import tiny_timm
+    from vitx_core.adapters.base import VitAdapter
+
+    ad = vx.adapter_from_module(tiny_timm(arch, depth=3, **kw), labels=["a", "b", "c"])
+    assert ad._legrad_rows() is not None
+    x = _x(ad, b=2)
+    t = torch.tensor([0, 2])
+    with ad.instrument(Needs(attn=True, block_out=True, legrad=True)) as rec, torch.enable_grad():
+        ad._forward_recorded(x, rec)
+        for layer in range(ad.depth):
+            fast = ad.legrad_attention_grad(rec, layer, t, "model")
+            slow = VitAdapter.legrad_attention_grad(ad, rec, layer, t, "model")
+            assert slow.abs().sum() > 0
+            # float32: relative to the largest entry (different summation order)
+            assert (fast - slow).abs().max() <= 1e-5 * slow.abs().max()
+            assert torch.equal(fast != 0, slow != 0) or (slow[fast == 0].abs().max() < 1e-9)
+    assert vx.count_hooks(ad.model) == 0
+
+
+def test_legrad_fast_path_not_used_for_avg_pooling():
+    from tests.conftest import tiny_timm
+
+    ad = vx.adapter_from_module(tiny_timm(class_token=False, global_pool="avg", depth=2))
+    assert ad._legrad_rows() is None
+    res = vx.run_explainers(ad, _x(ad), [vx.get_explainer("legrad")])
+    assert res.outputs[0]["legrad"].grid.abs().sum() > 0

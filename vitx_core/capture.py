@@ -54,6 +54,8 @@ class Recorder:
     attn: list[Tensor] = field(default_factory=list)
     block_out: list[Tensor] = field(default_factory=list)
     feat: Tensor | None = None
+    block_in: list[Tensor] = field(default_factory=list)  # adapter-specific fast paths (LeGrad)
+    qkv: list[Tensor] = field(default_factory=list)
 
 
 @dataclass

@@ -149,11 +149,7 @@ def run_explainers(adapter: VitAdapter, x: Tensor, explainers: Sequence[Explaine
                     if needs.feat:
                         cap.feat, cap.feat_grad = rec.feat.detach(), grads[-1]
                 for pool, i in sorted(legrad_jobs):
-                    s = adapter.layer_score(rec.block_out[i], pool).float()
-                    g = torch.autograd.grad(s.gather(1, t[:, None]).sum(), rec.attn[i],
-                                            retain_graph=True, allow_unused=True)[0]
-                    cap.layer_grad[(pool, i)] = (torch.zeros_like(rec.attn[i]) if g is None
-                                                 else g.detach())
+                    cap.layer_grad[(pool, i)] = adapter.legrad_attention_grad(rec, i, t, pool)
                 caps.append(cap)
             del rec
         logits = logits.detach().float()

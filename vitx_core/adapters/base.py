@@ -118,6 +118,16 @@ class VitAdapter:
         """The classifier head applied to one block's tokens ``(B, N, C)`` -> ``(B, classes)``."""
         raise NotImplementedError
 
+    def legrad_attention_grad(self, rec: Recorder, layer: int, targets: Tensor, pool: str
+                              ) -> Tensor:
+        """``d s^l_c / d A^l`` for LeGrad: the head applied to block ``layer``'s tokens,
+        differentiated w.r.t. that block's attention only (a partial backward on the kept
+        graph; autograd prunes everything not between ``A^l`` and ``s^l``)."""
+        s = self.layer_score(rec.block_out[layer], pool).float()
+        g = torch.autograd.grad(s.gather(1, targets[:, None]).sum(), rec.attn[layer],
+                                retain_graph=True, allow_unused=True)[0]
+        return torch.zeros_like(rec.attn[layer]) if g is None else g.detach()
+
     # ---- shared -------------------------------------------------------------------------
     @cached_property
     def version(self) -> str:

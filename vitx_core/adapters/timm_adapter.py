@@ -14,6 +14,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import Literal
 
+import torch
 from torch import Tensor, nn
 
 from ..capture import Needs, Recorder
@@ -105,6 +106,12 @@ class TimmAdapter(VitAdapter):
                 def _feat(_m, _i, out):
                     rec.feat = out
                 handles.append(self.model.blocks[-1].norm1.register_forward_hook(_feat))
+            if needs.legrad and self._legrad_rows() is not None:
+                for blk in self.model.blocks:
+                    handles.append(blk.register_forward_pre_hook(
+                        lambda _m, args: rec.block_in.append(args[0])))
+                    handles.append(blk.attn.qkv.register_forward_hook(
+                        lambda _m, _i, out: rec.qkv.append(out)))
             yield
         finally:
             for h in handles:
@@ -122,3 +129,52 @@ class TimmAdapter(VitAdapter):
         if pool == "mean":
             return m.head(m.fc_norm(m.norm(tokens.mean(dim=1, keepdim=True)))[:, 0])
         raise ValueError(f"unknown LeGrad pooling {pool!r}; use 'model' or 'mean'")
+
+    # ---- LeGrad fast path -------------------------------------------------------------------
+    def _legrad_rows(self) -> tuple[int, ...] | None:
+        """Token rows the head reads when it pools prefix tokens only (CLS; CLS + DIST for
+        DeiT distilled), on timm's standard Block / Attention; None when the fast path does not
+        apply (avg / map pooling, other block types) and the generic backward is used."""
+        from timm.layers import Attention
+        from timm.models.vision_transformer import Block
+
+        m = self.model
+        if getattr(m, "global_pool", None) != "token" or getattr(m, "attn_pool", None) is not None:
+            return None
+        if self.num_prefix_tokens < 1 or not all(
+                type(b) is Block and type(b.attn) is Attention for b in m.blocks):
+            return None
+        return (0, 1) if hasattr(m, "head_dist") else (0,)
+
+    def legrad_attention_grad(self, rec: Recorder, layer: int, targets: Tensor, pool: str
+                              ) -> Tensor:
+        """Same value as the generic partial backward, but only the read-out rows are recomputed.
+
+        With token pooling the layer score reads rows ``R`` (CLS, or CLS + DIST) of block
+        ``layer``'s output, and every operation after the attention product is per token, so
+        ``ds/dA`` is zero outside rows ``R``. Recomputing ``z[R] = x[R] + ls1(proj(A[R] @ V))``
+        and its MLP from the captured block input and ``qkv`` output costs |R| tokens instead of
+        N (tested equal to the generic path)."""
+        rows = self._legrad_rows()
+        if pool != "model" or rows is None or len(rec.block_in) != self.depth:
+            return super().legrad_attention_grad(rec, layer, targets, pool)
+        blk = self.model.blocks[layer]
+        at = blk.attn
+        a = rec.attn[layer]
+        b, _, n, _ = a.shape
+        r = list(rows)
+        with torch.enable_grad():
+            x_in = rec.block_in[layer].detach()[:, r]
+            v = rec.qkv[layer].detach().reshape(b, n, 3, at.num_heads, at.head_dim)[:, :, 2]
+            a_r = a.detach()[:, :, r, :].requires_grad_(True)            # (B, H, |R|, N)
+            o = torch.einsum("bhrn,bnhd->brhd", a_r, v).reshape(b, len(r), at.attn_dim)
+            o = at.norm(o)
+            if at.gate is not None:
+                o = o * at.gate(blk.norm1(x_in)).sigmoid()
+            x1 = x_in + blk.drop_path1(blk.ls1(at.proj_drop(at.proj(o))))
+            z = x1 + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(x1))))
+            s = self.layer_score(z, "model").float()
+            g = torch.autograd.grad(s.gather(1, targets[:, None]).sum(), a_r)[0]
+        full = torch.zeros_like(a)
+        full[:, :, r, :] = g.detach()
+        return full
