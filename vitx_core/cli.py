@@ -57,8 +57,18 @@ def command(name: str, help: str, configure: Callable[[argparse.ArgumentParser],
     return deco
 
 
+# Modules that register further commands with @command (imported when the parser is built, so
+# `import vitx_core.cli` stays light and there are no import cycles).
+COMMAND_MODULES: tuple[str, ...] = ("vitx_core.data.commands",)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
     from . import __version__
+
+    for mod in COMMAND_MODULES:
+        importlib.import_module(mod)
 
     parser = argparse.ArgumentParser(
         prog=PROG, description="vitx: explain Vision Transformer classifiers on chest X-rays "
