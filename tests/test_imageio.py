@@ -522,3 +522,25 @@ def test_dicom_with_truncated_pixel_data(tmp_path):
     ds.save_as(tmp_path / "short_px.dcm", enforce_file_format=True)
     with pytest.raises(vx.ImageReadError, match=re.escape("short_px.dcm")):
         load_image(tmp_path / "short_px.dcm")
+
+
+def test_oversized_images_refused_before_decoding(tmp_path):
+    """A decompression bomb: a tiny PNG file that declares a huge canvas is refused with a
+    clear message (no decoding of the pixels), and the limit is configurable."""
+    p = tmp_path / "bomb.png"
+    Image.new("L", (4000, 3000)).save(p, optimize=True)  # 12 Mpx, a few kB on disk
+    assert p.stat().st_size < 100_000
+    with pytest.raises(vx.ImageReadError, match=r"bomb\.png: refused, image too large"):
+        vx.load_image(p, max_pixels=1_000_000)
+    assert vx.load_image(p).hw == (3000, 4000)  # under the default limit
+
+
+def test_oversized_dicom_refused_from_its_header(tmp_path):
+    p = write_dicom(tmp_path / "huge.dcm", np.zeros((2, 3), np.uint16))
+    import pydicom
+
+    ds = pydicom.dcmread(p)
+    ds.Rows, ds.Columns = 20000, 20000  # header claims 400 Mpx; pixel data never decoded
+    ds.save_as(p)
+    with pytest.raises(vx.ImageReadError, match=r"huge\.dcm: refused, image too large"):
+        vx.load_image(p)

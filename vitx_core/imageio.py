@@ -126,10 +126,28 @@ def _pil_to_array(im: Image.Image) -> np.ndarray:
     return a
 
 
-def _read_raster(path: Path) -> LoadedImage:
+#: Largest image (pixels per frame) decoded by default: a 43 x 35 cm detector at 0.1 mm is
+#: ~15 Mpx; anything far above is refused before decoding (decompression bombs).
+MAX_PIXELS = 64_000_000
+
+
+def _check_pixels(name: str, h: int, w: int, max_pixels: int | None) -> None:
+    if max_pixels is not None and h * w > max_pixels:
+        raise ImageReadError(f"{name}: refused, image too large ({w} x {h} = {h * w:,} pixels > "
+                             f"limit {max_pixels:,}; raise max_pixels to allow it)")
+
+
+def _read_raster(path: Path, max_pixels: int | None = MAX_PIXELS) -> LoadedImage:
     try:
-        with Image.open(path) as im:
-            a = _pil_to_array(im)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                _check_pixels(path.name, im.height, im.width, max_pixels)
+                a = _pil_to_array(im)
+    except Image.DecompressionBombWarning as e:
+        if max_pixels is None or max_pixels > Image.MAX_IMAGE_PIXELS:
+            raise ImageReadError(f"{path.name}: refused by Pillow's size guard ({e})") from e
+        raise ImageReadError(f"{path.name}: refused, image too large ({e})") from e
     except Image.DecompressionBombError as e:
         raise ImageReadError(f"{path.name}: refused, image too large ({e})") from e
     except (OSError, SyntaxError, ValueError) as e:
@@ -234,7 +252,7 @@ def dicom_technical_meta(ds: Any) -> dict[str, Any]:
     return out
 
 
-def _read_dicom(path: Path) -> LoadedImage:
+def _read_dicom(path: Path, max_pixels: int | None = MAX_PIXELS) -> LoadedImage:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -244,6 +262,7 @@ def _read_dicom(path: Path) -> LoadedImage:
         raise ImageReadError(f"{path.name}: not a readable DICOM file ({e})") from e
     if "PixelData" not in ds:
         raise ImageReadError(f"{path.name}: DICOM has no pixel data")
+    _check_pixels(path.name, int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0), max_pixels)
     try:
         pixels = dicom_display_array(ds)
     except ImageReadError as e:
@@ -253,12 +272,14 @@ def _read_dicom(path: Path) -> LoadedImage:
     return LoadedImage(pixels, "dicom", path.stem, dicom_technical_meta(ds))
 
 
-def load_image(image: Any, *, name: str | None = None) -> LoadedImage:
+def load_image(image: Any, *, name: str | None = None, max_pixels: int | None = MAX_PIXELS
+               ) -> LoadedImage:
     """Load a path (PNG, JPEG, TIFF, DICOM incl. extension-less), a PIL image or an array.
 
     Arrays: integer types are divided by their dtype's maximum (signed ones min-max scaled);
     floats already in [0, 1] are kept, others min-max scaled. ``(H, W)``, ``(H, W, 1|3|4)`` and
     ``(3, H, W)`` are accepted. Returns a :class:`LoadedImage` on the original pixel grid.
+    Files larger than ``max_pixels`` (per frame) are refused before decoding.
 
     Raises:
         ImageReadError: with the file name and the reason (missing, corrupt, undecodable).
@@ -271,7 +292,8 @@ def load_image(image: Any, *, name: str | None = None) -> LoadedImage:
             raise ImageReadError(f"image file not found: {path}")
         if path.stat().st_size == 0:
             raise ImageReadError(f"{path.name}: empty file (0 bytes)")
-        out = _read_dicom(path) if is_dicom_file(path) else _read_raster(path)
+        out = (_read_dicom(path, max_pixels) if is_dicom_file(path)
+               else _read_raster(path, max_pixels))
         if name:
             out.name = name
         return out
