@@ -42,7 +42,7 @@ def test_sample_config_loads_and_points_at_the_sample_cohort(monkeypatch, tmp_pa
     assert cfg.ground_truth == (GTSpec(REPO / "sample_data" / "cohort" / "gt_segmentations.json",
                                        format="chexlocalize"),)
     assert cfg.model.spec == "demo"
-    assert cfg.explainers.options["rollout"] == {"discard_ratio": 0.9, "head_fusion": "max"}
+    assert cfg.explainers.options == {}  # the sample config uses every default
     assert "rollout" in cfg.explainers.methods_arg()
     assert cfg.output.save_overlays is True
     c = load_cohort_from_config(cfg)
