@@ -356,6 +356,8 @@ def _type_name(tp: Any) -> str:
 # ----------------------------------------------------------------------------- loading
 
 _SECTIONS = ("cohort", "ground_truth", "maps", "model", "explainers", "evaluation", "output")
+# read and validated by vitx_core.benchmark (load_benchmark_config); passed over here
+_PASS_THROUGH = ("benchmark", "models")
 
 
 def config_from_dict(data: dict[str, Any], base_dir: str | Path, *, source: str = "config"
@@ -366,7 +368,7 @@ def config_from_dict(data: dict[str, Any], base_dir: str | Path, *, source: str 
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a TOML document")
     for k in data:
-        if k not in _SECTIONS:
+        if k not in _SECTIONS and k not in _PASS_THROUGH:
             errors.append(f"unknown section [{k}]; allowed: {', '.join(_SECTIONS)}")
 
     # [cohort]
