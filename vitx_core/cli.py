@@ -59,7 +59,8 @@ def command(name: str, help: str, configure: Callable[[argparse.ArgumentParser],
 
 # Modules that register further commands with @command (imported when the parser is built, so
 # `import vitx_core.cli` stays light and there are no import cycles).
-COMMAND_MODULES: tuple[str, ...] = ("vitx_core.data.commands", "vitx_core.benchmark.commands")
+COMMAND_MODULES: tuple[str, ...] = ("vitx_core.data.commands", "vitx_core.benchmark.commands",
+                                    "vitx_core.training.commands")
 
 
 def build_parser() -> argparse.ArgumentParser:
