@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Union
 
+from .registry import value_fits
+
 PROG = "python -m vitx_core"
 
 
@@ -142,33 +144,6 @@ def _members(tp: Any) -> tuple[Any, ...]:
     return typing.get_args(tp) if typing.get_origin(tp) in (Union, types.UnionType) else (tp,)
 
 
-def _fits(tp: Any, v: Any) -> bool:
-    """Does ``v`` match the (simple) annotation ``tp``? Unknown annotations: True."""
-    origin = typing.get_origin(tp)
-    if origin in (Union, types.UnionType):
-        return any(_fits(m, v) for m in typing.get_args(tp))
-    if tp is type(None) or tp is None:
-        return v is None
-    if origin is Literal:
-        return any(v == c and type(v) is type(c) for c in typing.get_args(tp))
-    if tp is tuple or origin is tuple:
-        if not isinstance(v, tuple):
-            return False
-        args = typing.get_args(tp)
-        if len(args) == 2 and args[1] is Ellipsis:
-            return all(_fits(args[0], x) for x in v)
-        return not args or (len(args) == len(v) and all(_fits(a, x) for a, x in zip(args, v)))
-    if tp is bool:
-        return isinstance(v, bool)
-    if tp is int:
-        return isinstance(v, int) and not isinstance(v, bool)
-    if tp is float:
-        return isinstance(v, (int, float)) and not isinstance(v, bool)
-    if isinstance(tp, type):
-        return isinstance(v, tp)
-    return True
-
-
 def _coerce(tp: Any, v: Any, raw: str) -> Any:
     """Adjust a parsed value to the option's annotation (``1`` for a float -> ``1.0``, a
     scalar for a tuple -> 1-tuple, digits for a string choice -> the string)."""
@@ -178,7 +153,7 @@ def _coerce(tp: Any, v: Any, raw: str) -> Any:
     if not isinstance(v, str):
         text = raw.strip()
         choices = [c for m in members if typing.get_origin(m) is Literal for c in typing.get_args(m)]
-        if text in choices or (str in members and not _fits(tp, v)):
+        if text in choices or (str in members and not value_fits(tp, v)):
             return text
     tup = next((m for m in members if m is tuple or typing.get_origin(m) is tuple), None)
     if tup is not None and not isinstance(v, tuple):
@@ -244,7 +219,7 @@ def methods_with_options(spec: str, options: Sequence[str]) -> dict[str, dict[st
             raise UsageError(f"--option {text!r}: {method} has no option {opt!r}; known: "
                              f"{', '.join([*fields, 'preset']) if fields else 'preset only'}")
         value = _coerce(hints[opt], value, raw)
-        if not _fits(hints[opt], value):
+        if not value_fits(hints[opt], value):
             raise UsageError(f"--option {text!r}: {method}.{opt} expects "
                              f"{_type_name(hints[opt])}, got {raw.strip()!r}")
         out[method][opt] = value

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
 import typing
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Union
 
 from torch import Tensor
 
@@ -26,6 +27,34 @@ _EXPLAINERS: dict[str, type[Explainer]] = {}
 @dataclass(frozen=True)
 class NoParams:
     pass
+
+
+def value_fits(tp: Any, v: Any) -> bool:
+    """Does ``v`` match the (simple) annotation ``tp`` (Literal, unions, tuples, bool/int/float,
+    classes)? Unknown annotations: True. Used to check explainer options from the CLI and TOML."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        return any(value_fits(m, v) for m in typing.get_args(tp))
+    if tp is type(None) or tp is None:
+        return v is None
+    if origin is Literal:
+        return any(v == c and type(v) is type(c) for c in typing.get_args(tp))
+    if tp is tuple or origin is tuple:
+        if not isinstance(v, tuple):
+            return False
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(value_fits(args[0], x) for x in v)
+        return not args or (len(args) == len(v) and all(value_fits(a, x) for a, x in zip(args, v)))
+    if tp is bool:
+        return isinstance(v, bool)
+    if tp is int:
+        return isinstance(v, int) and not isinstance(v, bool)
+    if tp is float:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+    if isinstance(tp, type):
+        return isinstance(v, tp)
+    return True
 
 
 def _check_literals(params: Any) -> None:

@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
 
+from ..registry import value_fits
 from .annotations import GT_FORMATS, GTSpec
 from .cohort import DEFAULT_MAX_PIXELS
 from .external_maps import MAP_FORMATS, MapSpec
@@ -251,32 +252,6 @@ def _table(data: Any, where: str, fields: dict[str, Callable[[Any], Any]], error
 
 
 # ---- explainer options: type check against the explainer's Params annotations ---------------
-def _fits(tp: Any, v: Any) -> bool:
-    origin = typing.get_origin(tp)
-    if origin in (Union, types.UnionType):
-        return any(_fits(m, v) for m in typing.get_args(tp))
-    if tp is type(None) or tp is None:
-        return v is None
-    if origin is Literal:
-        return any(v == c and type(v) is type(c) for c in typing.get_args(tp))
-    if tp is tuple or origin is tuple:
-        args = typing.get_args(tp)
-        if not isinstance(v, tuple):
-            return False
-        if len(args) == 2 and args[1] is Ellipsis:
-            return all(_fits(args[0], x) for x in v)
-        return not args or (len(args) == len(v) and all(_fits(a, x) for a, x in zip(args, v)))
-    if tp is bool:
-        return isinstance(v, bool)
-    if tp is int:
-        return isinstance(v, int) and not isinstance(v, bool)
-    if tp is float:
-        return isinstance(v, (int, float)) and not isinstance(v, bool)
-    if isinstance(tp, type):
-        return isinstance(v, tp)
-    return True
-
-
 def _tuples(v: Any) -> Any:
     return tuple(_tuples(x) for x in v) if isinstance(v, list) else v
 
@@ -333,7 +308,7 @@ def _check_explainers(methods: tuple[str, ...], options: Any, errors: list[str]
                            in (Union, types.UnionType) else (hints[k],))
                 if type(v) is int and float in members and int not in members:
                     vals[k] = v = float(v)  # TOML 0 for a float option
-                if not _fits(hints[k], v):
+                if not value_fits(hints[k], v):
                     errors.append(f"{where}.{k}: expected {_type_name(hints[k])}, got {_show(v)}")
                     bad = True
             if not bad:
