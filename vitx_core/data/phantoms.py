@@ -729,28 +729,9 @@ def encode_rle(mask: np.ndarray) -> dict[str, Any]:
 def decode_rle(rle: dict[str, Any]) -> np.ndarray:
     """Inverse of :func:`encode_rle` (compressed string or bytes counts, or a list of counts)."""
     h, w = (int(x) for x in rle["size"])
-    counts = rle["counts"]
-    if isinstance(counts, (list, tuple)):
-        cnts = [int(c) for c in counts]
-    else:
-        s = counts.decode("ascii") if isinstance(counts, bytes) else str(counts)
-        cnts = []
-        p = 0
-        while p < len(s):
-            x = 0
-            k = 0
-            more = True
-            while more:
-                c = ord(s[p]) - 48
-                x |= (c & 0x1F) << (5 * k)
-                more = bool(c & 0x20)
-                p += 1
-                k += 1
-                if not more and (c & 0x10):
-                    x |= -1 << (5 * k)
-            if len(cnts) > 2:
-                x += cnts[-2]
-            cnts.append(x)
+    from .annotations import rle_counts  # the one validated parser of COCO RLE text
+
+    cnts = rle_counts(rle["counts"])
     if sum(cnts) != h * w or min(cnts, default=0) < 0:
         raise ValueError(f"RLE counts sum to {sum(cnts)}, expected {h * w}")
     vals = np.zeros(len(cnts), dtype=bool)
