@@ -108,6 +108,37 @@ class PreprocessSpec:
                         (rh, rw))
 
 
+def _axis_weights(n_src: int, n_grid: int, patch: int, scale: float, offset: float) -> np.ndarray:
+    """(n_src, n_grid) bilinear weights from grid cells to original pixel centres.
+
+    Pixel centre ``x + 0.5`` -> input coordinate ``u = s (x + 0.5) + t`` -> grid coordinate
+    ``g = u / patch - 0.5`` (cell ``k`` has its centre at ``g = k``) -> linear interpolation
+    between the two nearest cells, clamped at the border (as ``align_corners=False``).
+    """
+    g = ((np.arange(n_src, dtype=np.float64) + 0.5) * scale + offset) / patch - 0.5
+    g = np.clip(g, 0.0, n_grid - 1)
+    lo = np.floor(g).astype(np.int64)
+    hi = np.minimum(lo + 1, n_grid - 1)
+    frac = g - lo
+    w = np.zeros((n_src, n_grid), dtype=np.float64)
+    rows = np.arange(n_src)
+    np.add.at(w, (rows, lo), 1.0 - frac)
+    np.add.at(w, (rows, hi), frac)
+    return w
+
+
+def bilinear_weights(n_in: int, n_out: int) -> np.ndarray:
+    """``(n_out, n_in)`` matrix of a plain bilinear resize (half-pixel centres, border clamp)."""
+    return _axis_weights(n_out, n_in, 1, n_in / n_out, 0.0)
+
+
+def resize_bilinear(a: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """``(h, w)`` -> ``hw`` float64, equal to ``F.interpolate(mode="bilinear",
+    align_corners=False)`` without antialiasing."""
+    a = np.asarray(a, dtype=np.float64)
+    return bilinear_weights(a.shape[0], int(hw[0])) @ a @ bilinear_weights(a.shape[1], int(hw[1])).T
+
+
 @dataclass(frozen=True)
 class Geometry:
     """Affine map between the original image and the model input.
@@ -151,25 +182,6 @@ class Geometry:
         return ((x - tx) / sx, (y - ty) / sy, w / sx, h / sy)
 
     # ---- grids ------------------------------------------------------------------------
-    def _axis_weights(self, n_src: int, n_grid: int, patch: int, scale: float, offset: float
-                      ) -> np.ndarray:
-        """(n_src, n_grid) bilinear weights from grid cells to original pixel centres.
-
-        Pixel centre ``x + 0.5`` -> input coordinate ``u = s (x + 0.5) + t`` -> grid coordinate
-        ``g = u / patch - 0.5`` (cell ``k`` has its centre at ``g = k``) -> linear interpolation
-        between the two nearest cells, clamped at the border (as ``align_corners=False``).
-        """
-        g = ((np.arange(n_src, dtype=np.float64) + 0.5) * scale + offset) / patch - 0.5
-        g = np.clip(g, 0.0, n_grid - 1)
-        lo = np.floor(g).astype(np.int64)
-        hi = np.minimum(lo + 1, n_grid - 1)
-        frac = g - lo
-        w = np.zeros((n_src, n_grid), dtype=np.float64)
-        rows = np.arange(n_src)
-        np.add.at(w, (rows, lo), 1.0 - frac)
-        np.add.at(w, (rows, hi), frac)
-        return w
-
     def grid_to_original(self, grid: np.ndarray | torch.Tensor, patch: tuple[int, int] | int,
                          *, mode: Literal["bilinear", "nearest"] = "bilinear") -> np.ndarray:
         """Patch grid ``(gh, gw)`` (or ``(B, gh, gw)``) -> original pixels ``(H0, W0)``.
@@ -192,8 +204,8 @@ class Geometry:
             xs = np.clip(xs, 0, gw - 1).astype(np.int64)
             out = g[..., ys, :][..., :, xs]
         else:
-            wy = self._axis_weights(h0, gh, ph, sy, ty)
-            wx = self._axis_weights(w0, gw, pw, sx, tx)
+            wy = _axis_weights(h0, gh, ph, sy, ty)
+            wx = _axis_weights(w0, gw, pw, sx, tx)
             out = np.einsum("yi,...ij,xj->...yx", wy, g, wx, optimize=True)
         return out.astype(np.float32)
 

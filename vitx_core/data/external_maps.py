@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from ..geometry import resize_bilinear as _resize_bilinear
+
 MAP_SUFFIXES = {".npy", ".png"}
 MAP_FORMATS = ("auto", "npy", "png", "chexlocalize")
 
@@ -87,20 +89,6 @@ def as_map_specs(maps: Any) -> list[MapSpec]:
 # ----------------------------------------------------------------------------- resampling
 
 
-def _bilinear_weights(n_in: int, n_out: int) -> np.ndarray:
-    """``(n_out, n_in)`` interpolation matrix of PyTorch's bilinear, ``align_corners=False``."""
-    scale = n_in / n_out
-    src = np.maximum((np.arange(n_out, dtype=np.float64) + 0.5) * scale - 0.5, 0.0)
-    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
-    i1 = np.minimum(i0 + 1, n_in - 1)
-    lam = src - i0
-    wts = np.zeros((n_out, n_in), dtype=np.float64)
-    rows = np.arange(n_out)
-    np.add.at(wts, (rows, i0), 1.0 - lam)
-    np.add.at(wts, (rows, i1), lam)
-    return wts
-
-
 def resize_bilinear(a: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     """``(h, w)`` -> ``(H, W)`` float32, half-pixel centres, border clamp (== F.interpolate,
     ``mode="bilinear", align_corners=False``)."""
@@ -108,9 +96,7 @@ def resize_bilinear(a: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     H, W = int(hw[0]), int(hw[1])
     if a.shape == (H, W):
         return a.astype(np.float32)
-    wy = _bilinear_weights(a.shape[0], H)
-    wx = _bilinear_weights(a.shape[1], W)
-    return (wy @ a @ wx.T).astype(np.float32)
+    return _resize_bilinear(a, (H, W)).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------- maps

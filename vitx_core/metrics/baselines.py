@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..geometry import resize_bilinear
+
 BASELINES: tuple[str, ...] = ("uniform", "centre_gaussian", "prior")
 
 
@@ -53,32 +55,10 @@ def _area_weights(n_src: int, n_dst: int) -> np.ndarray:
     return w / w.sum(axis=1, keepdims=True)
 
 
-def _bilinear_weights(n_src: int, n_dst: int) -> np.ndarray:
-    """``(n_dst, n_src)`` bilinear weights, pixel centres, ``align_corners=False``, clamped."""
-    g = (np.arange(n_dst, dtype=np.float64) + 0.5) * (n_src / n_dst) - 0.5
-    g = np.clip(g, 0.0, n_src - 1)
-    lo = np.floor(g).astype(np.int64)
-    hi = np.minimum(lo + 1, n_src - 1)
-    frac = g - lo
-    w = np.zeros((n_dst, n_src), dtype=np.float64)
-    rows = np.arange(n_dst)
-    np.add.at(w, (rows, lo), 1.0 - frac)
-    np.add.at(w, (rows, hi), frac)
-    return w
-
-
 def resize_area(a: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     """Area-average ``(h, w)`` -> ``hw`` (mass-preserving; a mask becomes its coverage)."""
     a = np.asarray(a, dtype=np.float64)
     return _area_weights(a.shape[0], int(hw[0])) @ a @ _area_weights(a.shape[1], int(hw[1])).T
-
-
-def resize_bilinear(a: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    """Bilinear ``(h, w)`` -> ``hw`` (as ``F.interpolate(..., align_corners=False)`` without
-    antialiasing)."""
-    a = np.asarray(a, dtype=np.float64)
-    return (_bilinear_weights(a.shape[0], int(hw[0])) @ a
-            @ _bilinear_weights(a.shape[1], int(hw[1])).T)
 
 
 @dataclass
